@@ -547,17 +547,21 @@ def load_checkpoint(path: Path) -> dict:
 def check_resumable(checkpoint: dict, path: Path, model_config: GPTConfig,
                     schedule_record: dict, config: TrainConfig) -> None:
     """Refuse a checkpoint whose model, schedule or data order differ from this run's."""
-    mismatches = []
-    if checkpoint["model_config"] != dataclasses.asdict(model_config):
-        mismatches.append(f"model {checkpoint['model_config']} vs {dataclasses.asdict(model_config)}")
-    if checkpoint["schedule"]["config"] != schedule_record:
-        mismatches.append(f"schedule {checkpoint['schedule']['config']} vs {schedule_record}")
-    for name in ("seed", "total_batch_size", "seq_len", "shuffle_shards"):
-        if checkpoint["config"][name] != getattr(config, name):
-            mismatches.append(f"{name} {checkpoint['config'][name]} vs {getattr(config, name)}")
+    data_order = ("seed", "total_batch_size", "seq_len", "shuffle_shards")
+    mismatches = [
+        *differences("model", checkpoint["model_config"], dataclasses.asdict(model_config)),
+        *differences("schedule", checkpoint["schedule"]["config"], schedule_record),
+        *differences("data", {k: checkpoint["config"][k] for k in data_order},
+                     {k: getattr(config, k) for k in data_order}),
+    ]
     if mismatches:
-        raise UserError(f"checkpoint {path} belongs to another run: {'; '.join(mismatches)}; "
+        raise UserError(f"checkpoint {path} belongs to another run: {', '.join(mismatches)}; "
                         f"resume with the original flags or start a new --run_name")
+
+
+def differences(label: str, saved: dict, current: dict) -> list:
+    return [f"{label} {key} {saved.get(key)} -> {current.get(key)}"
+            for key in sorted(set(saved) | set(current)) if saved.get(key) != current.get(key)]
 
 
 def load_model_from_checkpoint(path, device="cpu") -> GPT:
@@ -645,6 +649,8 @@ def prepare_run_dir(config: TrainConfig, runtime: Runtime) -> Path:
                         f"it, or choose another --run_name")
     if runtime.master:
         run_dir.mkdir(parents=True, exist_ok=True)
+    if runtime.distributed:
+        dist.barrier()  # every rank has checked the folder before rank 0 writes into it
     return run_dir
 
 
@@ -689,22 +695,14 @@ def train(config: TrainConfig, schedule, runtime: Runtime) -> None:
     torch.manual_seed(config.seed)  # same seed, same initial weights, for every schedule
     raw_model = GPT(model_config).to(runtime.device)
     optimizer = raw_model.make_optimizer(config.weight_decay, runtime.device.type)
-    start_step, resumed_from = 0, None
-    found = checkpoints(run_dir) if config.resume else []
-    if found:
-        resumed_from = found[-1]
-        checkpoint = load_checkpoint(resumed_from)
-        check_resumable(checkpoint, resumed_from, model_config, schedule_record, config)
-        raw_model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        schedule.load_state_dict(checkpoint["schedule"]["state"])
-        stream.load_state_dict(checkpoint["data"])
-        set_rng_state(checkpoint["rng"])
-        start_step = checkpoint["step"]
-        del checkpoint
+    resumed_from = checkpoints(run_dir)[-1] if config.resume and checkpoints(run_dir) else None
+    start_step = 0
+    if resumed_from:
+        start_step = restore(resumed_from, raw_model, optimizer, schedule, stream, model_config,
+                             schedule_record, config)
 
     use_compile = config.compile if config.compile is not None else runtime.device.type == "cuda"
-    model = torch.compile(raw_model) if use_compile else raw_model
+    model = eval_model = torch.compile(raw_model) if use_compile else raw_model
     if runtime.distributed:
         device_ids = [runtime.local_rank] if runtime.device.type == "cuda" else None
         model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
@@ -716,10 +714,10 @@ def train(config: TrainConfig, schedule, runtime: Runtime) -> None:
     elif config.resume:
         log.comment("no checkpoint found; starting at step 0")
 
-    examples = load_hellaswag(config, model_config, runtime)
-    encoding = load_sampling_encoding(config, model_config, runtime)
-    flops_per_step = raw_model.flops_per_token(T) * config.total_batch_size
-    peak = peak_flops(runtime)
+    evaluations = Evaluations(config, runtime, log, schedule, eval_model, raw_model, val_tokens,
+                              load_hellaswag(config, model_config, runtime),
+                              load_sampling_encoding(config, model_config, runtime))
+    flops_per_token, peak = raw_model.flops_per_token(T), peak_flops(runtime)
     if runtime.master:
         print(f"run {run_dir} | {raw_model.num_params() / 1e6:.2f}M params | {max_steps} steps "
               f"| {config.total_batch_size} tokens/step = {runtime.world_size} ranks x "
@@ -727,8 +725,7 @@ def train(config: TrainConfig, schedule, runtime: Runtime) -> None:
 
     for step in range(start_step, max_steps + 1):
         last = step == max_steps
-        evaluate(step, last, config, model, raw_model, schedule, val_tokens, examples, encoding,
-                 runtime, log)
+        evaluations.run(step, last)
         if last:
             break
         started = time.perf_counter()
@@ -746,20 +743,35 @@ def train(config: TrainConfig, schedule, runtime: Runtime) -> None:
         log.write(f"{step} train {loss:.6f} lr {lr:.6e} norm {norm:.4f} ms {step_ms:.2f} "
                   f"tok_s {tokens_per_s:.0f}")
         if runtime.master:
-            mfu = None
-            if peak:
-                mfu = flops_per_step / (step_ms / 1000) / (peak * runtime.world_size)
+            mfu = flops_per_token * tokens_per_s / (peak * runtime.world_size) if peak else None
             print_step(step, max_steps, loss, lr, norm, step_ms, tokens_per_s, mfu)
         if runtime.master and ((step + 1) % config.ckpt_every == 0 or step + 1 == max_steps):
-            state = dict(step=step + 1, model=raw_model.state_dict(),
-                         optimizer=optimizer.state_dict(),
-                         schedule=dict(config=schedule_record, state=schedule.state_dict()),
-                         data=stream.state_dict(), rng=rng_state(),
-                         model_config=dataclasses.asdict(model_config),
-                         config=dataclasses.asdict(config))
+            state = checkpoint_state(step + 1, raw_model, optimizer, schedule, schedule_record,
+                                     stream, model_config, config)
             save_checkpoint(run_dir, state, step + 1, config.keep_ckpts)
     log.comment(f"finished step {max_steps}")
     log.close()
+
+
+def restore(path: Path, raw_model, optimizer, schedule, stream, model_config: GPTConfig,
+            schedule_record: dict, config: TrainConfig) -> int:
+    """Load everything a bitwise resume needs; returns the step to continue from."""
+    checkpoint = load_checkpoint(path)
+    check_resumable(checkpoint, path, model_config, schedule_record, config)
+    raw_model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    schedule.load_state_dict(checkpoint["schedule"]["state"])
+    stream.load_state_dict(checkpoint["data"])
+    set_rng_state(checkpoint["rng"])
+    return checkpoint["step"]
+
+
+def checkpoint_state(step, raw_model, optimizer, schedule, schedule_record, stream,
+                     model_config, config) -> dict:
+    return dict(step=step, model=raw_model.state_dict(), optimizer=optimizer.state_dict(),
+                schedule=dict(config=schedule_record, state=schedule.state_dict()),
+                data=stream.state_dict(), rng=rng_state(),
+                model_config=dataclasses.asdict(model_config), config=dataclasses.asdict(config))
 
 
 def train_step(model, optimizer, window: np.ndarray, grad_accum: int, config: TrainConfig,
@@ -789,28 +801,49 @@ def train_step(model, optimizer, window: np.ndarray, grad_accum: int, config: Tr
     return loss_sum.item(), norm.item()
 
 
-def evaluate(step, last, config, model, raw_model, schedule, val_tokens, examples, encoding,
-             runtime, log) -> None:
-    """Evaluations due before train step `step` (and after the final one); not in step time."""
-    if config.val_every and (step % config.val_every == 0 or last):
-        started = time.perf_counter()
-        val_loss = validation_loss(model, val_tokens, config.batch_size, config.seq_len,
-                                   runtime)
-        schedule.observe(val_loss)
-        log.write(f"{step} val {val_loss:.4f}")
-        if runtime.master:
-            print(f"step {step:>6d} | val loss {val_loss:.4f} | "
-                  f"{time.perf_counter() - started:.1f} s", flush=True)
-    if examples and (step % config.hellaswag_every == 0 or last):
-        started = time.perf_counter()
-        accuracy = hellaswag_accuracy(raw_model, examples, runtime)
-        log.write(f"{step} hella {accuracy:.4f}")
-        if runtime.master:
-            print(f"step {step:>6d} | hellaswag acc_norm {accuracy:.4f} over {len(examples)} | "
-                  f"{time.perf_counter() - started:.1f} s", flush=True)
-    if encoding and runtime.master and ((step > 0 and step % config.sample_every == 0) or last):
-        for text in sample_text(raw_model, encoding, runtime, config.seed):
-            print(f"sample | {text!r}", flush=True)
+@dataclass
+class Evaluations:
+    """What runs between optimizer steps, outside the step timer: validation loss, HellaSwag
+    and samples. `model` is the compiled model without DDP's wrapper (evaluation needs no
+    gradient sync, and ranks may run different numbers of batches); HellaSwag and samples use
+    the uncompiled `raw_model` because their shapes change from call to call."""
+    config: TrainConfig
+    runtime: Runtime
+    log: RunLog
+    schedule: object
+    model: nn.Module
+    raw_model: GPT
+    val_tokens: Optional[np.ndarray]
+    examples: list
+    encoding: object
+
+    def due(self, every: int, step: int, last: bool) -> bool:
+        return bool(every) and (step % every == 0 or last)
+
+    def run(self, step: int, last: bool) -> None:
+        """The evaluations due before train step `step`, and all of them after the last."""
+        config, runtime = self.config, self.runtime
+        if self.val_tokens is not None and self.due(config.val_every, step, last):
+            started = time.perf_counter()
+            val_loss = validation_loss(self.model, self.val_tokens, config.batch_size,
+                                       config.seq_len, runtime)
+            self.schedule.observe(val_loss)  # the same all-reduced value on every rank
+            self.log.write(f"{step} val {val_loss:.4f}")
+            self.report(step, f"val loss {val_loss:.4f}", started)
+        if self.examples and self.due(config.hellaswag_every, step, last):
+            started = time.perf_counter()
+            accuracy = hellaswag_accuracy(self.raw_model, self.examples, runtime)
+            self.log.write(f"{step} hella {accuracy:.4f}")
+            self.report(step, f"hellaswag acc_norm {accuracy:.4f} over {len(self.examples)}",
+                        started)
+        if self.encoding and step > 0 and self.due(config.sample_every, step, last):
+            for text in sample_text(self.raw_model, self.encoding, runtime, config.seed):
+                print(f"sample | {text!r}", flush=True)
+
+    def report(self, step: int, what: str, started: float) -> None:
+        if self.runtime.master:
+            print(f"step {step:>6d} | {what} | {time.perf_counter() - started:.1f} s",
+                  flush=True)
 
 
 def load_hellaswag(config: TrainConfig, model_config: GPTConfig, runtime: Runtime) -> list:
