@@ -322,39 +322,47 @@ def load_val_tokens(data_dir: str, count: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # Configuration: one typed dataclass; argparse flags are generated from it
 
-def flag(default, help):
-    return field(default=default, metadata=dict(help=help))
+def flag(default, group, help):
+    """A config field that is also a command-line flag, listed under `group` in --help."""
+    return field(default=default, metadata=dict(group=group, help=help))
 
 
 @dataclass
 class TrainConfig:
-    model: str = flag("gpt2", "preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, d2, d4, d6, d12")
-    n_layer: Optional[int] = flag(None, "override the preset's number of layers")
-    n_head: Optional[int] = flag(None, "override the preset's number of attention heads")
-    n_embd: Optional[int] = flag(None, "override the preset's width")
-    block_size: Optional[int] = flag(None, "override the preset's context length (1024)")
-    vocab_size: int = flag(50304, "vocabulary size; smaller only for synthetic data")
-    data_dir: str = flag("edu_fineweb10B", "folder of *train*/*val* .npy or .bin shards")
-    shuffle_shards: bool = flag(False, "shuffle the train shard order each epoch (seeded)")
-    batch_size: int = flag(64, "micro-batch size B per rank")
-    seq_len: int = flag(1024, "sequence length T")
-    total_batch_size: int = flag(524288, "tokens per optimizer step, over all ranks")
-    weight_decay: float = flag(0.1, "AdamW weight decay on matrices and embeddings")
-    grad_clip: float = flag(1.0, "clip the gradient norm at this value, 0 disables")
-    seed: int = flag(1337, "seed for initial weights and data order")
-    device: str = flag("auto", "auto, cuda, cpu or mps")
-    dtype: str = flag("auto", "auto (bfloat16 on CUDA, float32 elsewhere), bfloat16, float32")
-    compile: Optional[bool] = flag(None, "torch.compile the model (default: on for CUDA)")
-    val_every: int = flag(250, "validation loss every this many steps, 0 disables")
-    val_tokens: int = flag(10_485_760, "tokens in each validation, whatever the ranks")
-    hellaswag_every: int = flag(250, "HellaSwag accuracy every this many steps, 0 disables")
-    hellaswag_limit: int = flag(0, "evaluate only the first N HellaSwag examples, 0 = all")
-    sample_every: int = flag(250, "print a text sample every this many steps, 0 disables")
-    log_dir: str = flag("log", "parent folder of the run folders")
-    run_name: str = flag("", "run folder name (default: the schedule's name)")
-    resume: bool = flag(False, "continue the run from its latest checkpoint")
-    ckpt_every: int = flag(5000, "checkpoint every this many steps (and at the end)")
-    keep_ckpts: int = flag(2, "keep only the newest this many checkpoints")
+    model: str = flag("gpt2", "model",
+                      "preset: gpt2, gpt2-medium, gpt2-large, gpt2-xl, d2, d4, d6, d12")
+    n_layer: Optional[int] = flag(None, "model", "override the preset's number of layers")
+    n_head: Optional[int] = flag(None, "model", "override the preset's attention heads")
+    n_embd: Optional[int] = flag(None, "model", "override the preset's width")
+    block_size: Optional[int] = flag(None, "model", "override the preset's context (1024)")
+    vocab_size: int = flag(50304, "model", "vocabulary size; smaller only for synthetic data")
+
+    data_dir: str = flag("edu_fineweb10B", "data", "folder of *train*/*val* .npy or .bin shards")
+    shuffle_shards: bool = flag(False, "data", "shuffle train shard order each epoch (seeded)")
+    batch_size: int = flag(64, "data", "micro-batch size B per rank")
+    seq_len: int = flag(1024, "data", "sequence length T")
+    total_batch_size: int = flag(524288, "data", "tokens per optimizer step, all ranks")
+
+    weight_decay: float = flag(0.1, "optimizer", "AdamW weight decay on 2-D tensors")
+    grad_clip: float = flag(1.0, "optimizer", "clip the gradient norm at this, 0 disables")
+    seed: int = flag(1337, "optimizer", "seed of the initial weights and data order")
+
+    device: str = flag("auto", "hardware", "auto, cuda, cpu or mps")
+    dtype: str = flag("auto", "hardware",
+                      "auto (bfloat16 on CUDA, else float32), bfloat16 or float32")
+    compile: Optional[bool] = flag(None, "hardware", "torch.compile (default: on for CUDA)")
+
+    val_every: int = flag(250, "evaluation", "val loss every this many steps, 0 disables")
+    val_tokens: int = flag(10_485_760, "evaluation", "tokens per validation, any rank count")
+    hellaswag_every: int = flag(250, "evaluation", "HellaSwag every this many steps, 0 disables")
+    hellaswag_limit: int = flag(0, "evaluation", "score only the first N examples, 0 = all")
+    sample_every: int = flag(250, "evaluation", "text sample every this many steps, 0 disables")
+
+    log_dir: str = flag("log", "run folder", "parent folder of the run folders")
+    run_name: str = flag("", "run folder", "run folder name (default: the schedule's name)")
+    resume: bool = flag(False, "run folder", "continue from the run's latest checkpoint")
+    ckpt_every: int = flag(5000, "run folder", "checkpoint every this many steps and at the end")
+    keep_ckpts: int = flag(2, "run folder", "keep only the newest this many checkpoints")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -365,9 +373,12 @@ class OneLineParser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(description=__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    group = parser.add_argument_group("training")
+    groups = {}
     for f in dataclasses.fields(TrainConfig):
-        help_text = f"{f.metadata['help']} (default: {f.default})"
+        name = f.metadata["group"]
+        group = groups.get(name) or groups.setdefault(name, parser.add_argument_group(name))
+        shown_default = "" if f.default in (None, "") else f" (default: {f.default})"
+        help_text = f.metadata["help"] + shown_default
         if f.type in (bool, Optional[bool]):
             group.add_argument(f"--{f.name}", action=argparse.BooleanOptionalAction,
                                default=f.default, help=help_text)
