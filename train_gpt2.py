@@ -720,6 +720,8 @@ def train(config: TrainConfig, schedule, runtime: Runtime) -> None:
 
     log = RunLog(run_dir / "log.txt", runtime.master)
     write_header(log, config, schedule_record, model_config, runtime, raw_model.num_params())
+    if val_tokens is not None:
+        log.comment(f"validation over {(len(val_tokens) - 1) // (B * T) * B * T} tokens")
     if resumed_from:
         log.comment(f"resumed at step {start_step} from {resumed_from.name}")
     elif config.resume:
