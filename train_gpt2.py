@@ -706,7 +706,8 @@ def train(config: TrainConfig, schedule, runtime: Runtime) -> None:
     torch.manual_seed(config.seed)  # same seed, same initial weights, for every schedule
     raw_model = GPT(model_config).to(runtime.device)
     optimizer = raw_model.make_optimizer(config.weight_decay, runtime.device.type)
-    resumed_from = checkpoints(run_dir)[-1] if config.resume and checkpoints(run_dir) else None
+    found = checkpoints(run_dir) if config.resume else []
+    resumed_from = found[-1] if found else None
     start_step = 0
     if resumed_from:
         start_step = restore(resumed_from, raw_model, optimizer, schedule, stream, model_config,
