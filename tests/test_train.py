@@ -1,7 +1,6 @@
 """train_gpt2.py, run for real through its command line on tiny models and synthetic shards."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
